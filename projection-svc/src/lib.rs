@@ -1,0 +1,1 @@
+//! projection-svc: read models and the read API (issue 4). Nothing here yet.
