@@ -1,0 +1,75 @@
+//! command-svc: the write side of DSCM.
+//!
+//! - [`http`]: the axum router — one endpoint per command, DTOs converted to domain commands at
+//!   the edge, problem+json errors, `Idempotency-Key` on every POST, role checks.
+//! - [`uow`]: the unit of work — a command and its reactions decided by `domain` and committed
+//!   in one PostgreSQL transaction with the events, outbox rows, balance rows and the
+//!   idempotent answer.
+//! - [`auth`]: API keys (hashed) and roles. [`settings`]: typed settings. [`clock`]: the
+//!   injected clock. [`metrics`]: Prometheus counters.
+
+pub mod auth;
+pub mod clock;
+pub mod http;
+pub mod metrics;
+pub mod settings;
+pub mod uow;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::ctx::CommissionSchedule;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use crate::http::AppState;
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::uow::Executor;
+
+/// This service's own tables, after the event store's (`event-store/migrations`).
+static OWN_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// The whole schema the service needs: the event store's migrations, then its own.
+pub fn migrator() -> Migrator {
+    let all = event_store::MIGRATOR.iter().chain(OWN_MIGRATIONS.iter()).cloned().collect();
+    Migrator::with_migrations(all)
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    migrator().run(pool).await
+}
+
+pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(settings.database.url.expose())
+        .await
+}
+
+/// The application state for a pool and a clock.
+pub fn state(pool: PgPool, clock: Arc<dyn Clock>, settings: &Settings) -> AppState {
+    let executor = Executor {
+        pool: pool.clone(),
+        clock,
+        schedule: CommissionSchedule::default(),
+        retries_max: settings.commands.retries_max,
+        metrics: Arc::new(Metrics::default()),
+    };
+    AppState { pool, executor: Arc::new(executor) }
+}
+
+/// Serve the API on `listener` until `shutdown` completes; in-flight requests finish first.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = http::router(state);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
