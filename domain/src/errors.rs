@@ -75,6 +75,7 @@ impl MarketError {
                 JobError::BondTooSmall { .. } => ("job.bond_too_small", Invalid),
                 JobError::ChallengerIsAccused => ("job.challenger_is_accused", Forbidden),
                 JobError::UnknownChallenge => ("job.unknown_challenge", NotFound),
+                JobError::ReexecutionStillRunning { .. } => ("job.reexecution_still_running", Conflict),
                 JobError::UnknownDispute => ("job.unknown_dispute", NotFound),
                 JobError::Percentage => ("job.percentage", Invalid),
             },

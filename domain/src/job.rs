@@ -42,6 +42,9 @@ pub const REASSIGN_MAX: u8 = 3;
 pub const REVEAL_TTL_SECS: u64 = 3_600;
 /// Fresh workers that re-execute a challenged task.
 pub const REEXECUTION_REPLICAS: u8 = 3;
+/// A re-execution round not finished in this time is inconclusive: an arbiter decides, so a
+/// challenge can never hold the money forever for want of fresh workers.
+pub const REEXECUTION_TTL_SECS: u64 = 86_400;
 /// BOINC: a worker with at least this many consecutive valid results may run unreplicated.
 pub const ADAPTIVE_REPLICATION_MIN_VALID: u32 = 10;
 pub const TASK_COUNT_MAX: u32 = 1_000;
@@ -127,6 +130,10 @@ pub enum JobCommand {
     ResolveChallenge {
         challenge: ChallengeId,
         outcome: ChallengeOutcome,
+    },
+    /// System: the challenge's re-execution round did not finish in time.
+    ExpireReexecution {
+        challenge: ChallengeId,
     },
     /// Reaction to a dispute being closed.
     ResolveDispute {
@@ -253,6 +260,7 @@ pub enum JobEvent {
         task: u32,
         challenger: PartyId,
         bond: Money,
+        reexecution_deadline: Timestamp,
     },
     ReexecutionCompleted {
         challenge: ChallengeId,
@@ -389,6 +397,8 @@ pub enum JobError {
     ChallengerIsAccused,
     #[error("no such challenge")]
     UnknownChallenge,
+    #[error("the re-execution round runs until {until}")]
+    ReexecutionStillRunning { until: Timestamp },
     #[error("no such dispute")]
     UnknownDispute,
     #[error("percentage must be 0..=100")]
@@ -562,6 +572,7 @@ pub struct Job {
     pub settled: bool,
     pub tasks: Vec<Task>,
     pub open_challenges: BTreeMap<ChallengeId, u32>,
+    pub reexecution_deadlines: BTreeMap<ChallengeId, Timestamp>,
     pub open_disputes: BTreeMap<DisputeId, u32>,
 }
 
@@ -1105,7 +1116,13 @@ impl Aggregate for Job {
                 if bond.currency != required.currency || bond.minor_units < required.minor_units {
                     return Err(JobError::BondTooSmall { offered: bond, required });
                 }
-                Ok(vec![JobEvent::ChallengeRecorded { challenge, task, challenger, bond }])
+                Ok(vec![JobEvent::ChallengeRecorded {
+                    challenge,
+                    task,
+                    challenger,
+                    bond,
+                    reexecution_deadline: ctx.now.plus_secs(REEXECUTION_TTL_SECS),
+                }])
             }
             JobCommand::ResolveChallenge { challenge, outcome } => {
                 Self::require_system(ctx)?;
@@ -1122,6 +1139,15 @@ impl Aggregate for Job {
                     scratch.maybe_finish(ctx, &mut out);
                 }
                 Ok(out)
+            }
+            JobCommand::ExpireReexecution { challenge } => {
+                Self::require_system(ctx)?;
+                let task = *self.open_challenges.get(&challenge).ok_or(JobError::UnknownChallenge)?;
+                let until = *self.reexecution_deadlines.get(&challenge).ok_or(JobError::UnknownChallenge)?;
+                if ctx.now < until {
+                    return Err(JobError::ReexecutionStillRunning { until });
+                }
+                Ok(vec![JobEvent::ReexecutionCompleted { challenge, task, verdict: ReexecutionVerdict::Inconclusive }])
             }
             JobCommand::ResolveDispute { dispute, client_pct } => {
                 Self::require_system(ctx)?;
@@ -1280,15 +1306,18 @@ impl Aggregate for Job {
                     }
                 }
             }
-            JobEvent::ChallengeRecorded { challenge, task, challenger, .. } => {
+            JobEvent::ChallengeRecorded { challenge, task, challenger, reexecution_deadline, .. } => {
                 self.open_challenges.insert(*challenge, *task);
+                self.reexecution_deadlines.insert(*challenge, *reexecution_deadline);
                 if let Some(t) = self.tasks.get_mut(*task as usize) {
                     t.contest = Some(Contest { challenge: Some(*challenge), dispute: None });
                     t.participants.insert(*challenger);
                     t.reexecution = Some((*challenge, Round::new(REEXECUTION_REPLICAS, REEXECUTION_REPLICAS / 2 + 1)));
                 }
             }
-            JobEvent::ReexecutionCompleted { .. } => {}
+            JobEvent::ReexecutionCompleted { challenge, .. } => {
+                self.reexecution_deadlines.remove(challenge);
+            }
             JobEvent::ChallengeOutcomeApplied { challenge, task, outcome, .. } => {
                 self.open_challenges.remove(challenge);
                 if let Some(t) = self.tasks.get_mut(*task as usize) {

@@ -15,6 +15,7 @@
 pub mod aggregate;
 pub mod challenge;
 pub mod ctx;
+pub mod deadlines;
 pub mod digest;
 pub mod dispute;
 pub mod errors;

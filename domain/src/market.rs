@@ -56,6 +56,21 @@ impl StreamId {
         }
     }
 
+    /// The stream named by a stored event's `aggregate_type` and `aggregate_id`.
+    pub fn from_parts(aggregate_type: &str, aggregate_id: &str) -> Option<StreamId> {
+        let id: uuid::Uuid = aggregate_id.parse().ok()?;
+        Some(match aggregate_type {
+            "job" => StreamId::Job(JobId(id)),
+            "escrow" => StreamId::Escrow(JobId(id)),
+            "challenge" => StreamId::Challenge(ChallengeId(id)),
+            "dispute" => StreamId::Dispute(DisputeId(id)),
+            "worker" => StreamId::Worker(PartyId(id)),
+            "deposit" => StreamId::Deposit(DepositId(id)),
+            "payout" => StreamId::Payout(PayoutId(id)),
+            _ => return None,
+        })
+    }
+
     pub fn aggregate_id(&self) -> uuid::Uuid {
         match self {
             StreamId::Job(id) | StreamId::Escrow(id) => id.0,

@@ -79,7 +79,13 @@ fn samples() -> Vec<Event> {
         j(JobEvent::TaskFailedNoQuorum { task: 1, dispute, client, workers: vec![worker, party(3)] }),
         j(JobEvent::TaskAbandoned { task: 1 }),
         j(JobEvent::JobExpired { cancelled_tasks: vec![1], collateral_returned: vec![(1, worker)] }),
-        j(JobEvent::ChallengeRecorded { challenge, task: 0, challenger: client, bond: eur(250) }),
+        j(JobEvent::ChallengeRecorded {
+            challenge,
+            task: 0,
+            challenger: client,
+            bond: eur(250),
+            reexecution_deadline: t.plus_secs(86_400),
+        }),
         j(JobEvent::ReexecutionCompleted { challenge, task: 0, verdict: ReexecutionVerdict::Upheld }),
         j(JobEvent::ChallengeOutcomeApplied {
             challenge,

@@ -261,7 +261,13 @@ fn window_opened(secs: u64) -> JobEvent {
 }
 
 fn challenge_recorded(challenge: ChallengeId, challenger: PartyId) -> JobEvent {
-    JobEvent::ChallengeRecorded { challenge, task: 0, challenger, bond: eur(REWARD) }
+    JobEvent::ChallengeRecorded {
+        challenge,
+        task: 0,
+        challenger,
+        bond: eur(REWARD),
+        reexecution_deadline: at(1_000 + REEXECUTION_TTL_SECS),
+    }
 }
 
 // ---- stories: the prior events of the usual states ---------------------------------------
@@ -2044,4 +2050,23 @@ fn a_party_cannot_work_on_its_own_job() {
     let facts = crate::ctx::NoFacts::default();
     let ctx = CommandCtx { now: at(10), actor: own, facts: &facts };
     assert_eq!(job.handle(JobCommand::ClaimTask { task: None }, &ctx), Err(JobError::OwnJob));
+}
+
+#[test]
+fn a_reexecution_that_never_finishes_is_inconclusive_after_its_deadline() {
+    let job = Job::from_events(&challenged(CLIENT));
+    let facts = crate::ctx::NoFacts::default();
+    let ctx = |secs| CommandCtx { now: at(secs), actor: SYSTEM, facts: &facts };
+    let cmd = JobCommand::ExpireReexecution { challenge: CH };
+    let until = at(1_000 + REEXECUTION_TTL_SECS);
+    assert_eq!(
+        job.handle(cmd.clone(), &ctx(1_000 + REEXECUTION_TTL_SECS - 1)),
+        Err(JobError::ReexecutionStillRunning { until })
+    );
+    assert_eq!(
+        job.handle(cmd.clone(), &ctx(1_000 + REEXECUTION_TTL_SECS)),
+        Ok(vec![JobEvent::ReexecutionCompleted { challenge: CH, task: 0, verdict: ReexecutionVerdict::Inconclusive }])
+    );
+    let as_worker = CommandCtx { now: at(1_000 + REEXECUTION_TTL_SECS), actor: worker(W1), facts: &facts };
+    assert_eq!(job.handle(cmd, &as_worker), Err(JobError::NotTheSystem));
 }
