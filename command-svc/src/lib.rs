@@ -5,6 +5,8 @@
 //! - [`uow`]: the unit of work — a command and its reactions decided by `domain` and committed
 //!   in one PostgreSQL transaction with the events, outbox rows, balance rows and the
 //!   idempotent answer.
+//! - [`scheduler`]: the durable deadline scheduler and the payout process manager, following
+//!   the event log from positions stored in PostgreSQL.
 //! - [`auth`]: API keys (hashed) and roles. [`settings`]: typed settings. [`clock`]: the
 //!   injected clock. [`metrics`]: Prometheus counters.
 
@@ -12,6 +14,8 @@ pub mod auth;
 pub mod clock;
 pub mod http;
 pub mod metrics;
+pub mod relay;
+pub mod scheduler;
 pub mod settings;
 pub mod uow;
 
@@ -62,6 +66,41 @@ pub fn state(pool: PgPool, clock: Arc<dyn Clock>, settings: &Settings) -> AppSta
         metrics: Arc::new(Metrics::default()),
     };
     AppState { pool, executor: Arc::new(executor) }
+}
+
+/// Serve the API and, if enabled, run the scheduler beside it, until `shutdown` completes.
+/// Both are joined and their ends reported; neither is left running.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler = settings.scheduler.enabled.then(|| {
+        let scheduler = scheduler::Scheduler {
+            executor: state.executor.clone(),
+            settings: scheduler::SchedulerSettings {
+                tick: Duration::from_millis(settings.scheduler.tick_ms.max(10)),
+                auto_payout: settings.scheduler.auto_payout,
+                ..scheduler::SchedulerSettings::default()
+            },
+        };
+        tokio::spawn(scheduler.run(stop_rx))
+    });
+    let http = run(listener, state, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    tracing::info!(result = ?http, "http server stopped");
+    if let Some(handle) = scheduler {
+        match handle.await {
+            Ok(()) => tracing::info!("scheduler stopped"),
+            Err(e) => tracing::error!(error = %e, "scheduler task failed"),
+        }
+    }
+    http
 }
 
 /// Serve the API on `listener` until `shutdown` completes; in-flight requests finish first.

@@ -25,7 +25,8 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(settings.http.addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "command-svc listening");
             let state = command_svc::state(pool, Arc::new(SystemClock), &settings);
-            command_svc::run(listener, state, async { tokio::signal::ctrl_c().await.unwrap_or(()) }).await?;
+            command_svc::serve(listener, state, &settings, async { tokio::signal::ctrl_c().await.unwrap_or(()) })
+                .await?;
         }
         Some(other) => anyhow::bail!("unknown command {other:?}: expected serve, migrate or bootstrap-admin"),
     }

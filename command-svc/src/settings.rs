@@ -1,7 +1,8 @@
 //! Typed settings: defaults, then a TOML file (`DSCM_CONFIG`), then environment variables.
 //!
 //! Environment variables: `DSCM_HTTP_ADDR`, `DSCM_DATABASE_URL` (or `DATABASE_URL`),
-//! `DSCM_DATABASE_MAX_CONNECTIONS`, `DSCM_COMMAND_RETRIES_MAX`.
+//! `DSCM_DATABASE_MAX_CONNECTIONS`, `DSCM_COMMAND_RETRIES_MAX`, `DSCM_SCHEDULER` (on/off),
+//! `DSCM_SCHEDULER_TICK_MS`, `DSCM_AUTO_PAYOUT` (on/off).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -37,6 +38,24 @@ pub struct Settings {
     pub database: DatabaseSettings,
     #[serde(default)]
     pub commands: CommandSettings,
+    #[serde(default)]
+    pub scheduler: SchedulerToggle,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerToggle {
+    /// Run the deadline scheduler and the payout process manager in this process.
+    pub enabled: bool,
+    pub tick_ms: u64,
+    /// Turn released earnings into payout requests.
+    pub auto_payout: bool,
+}
+
+impl Default for SchedulerToggle {
+    fn default() -> Self {
+        SchedulerToggle { enabled: true, tick_ms: 500, auto_payout: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +122,7 @@ impl Settings {
             http: Option<HttpSettings>,
             database: Option<DatabaseSettings>,
             commands: Option<CommandSettings>,
+            scheduler: Option<SchedulerToggle>,
         }
         let file: FileSettings = match env("DSCM_CONFIG") {
             Some(path) => {
@@ -114,6 +134,7 @@ impl Settings {
         };
         let mut http = file.http.unwrap_or_default();
         let mut commands = file.commands.unwrap_or_default();
+        let mut scheduler = file.scheduler.unwrap_or_default();
         let mut database = file.database;
         if let Some(addr) = env("DSCM_HTTP_ADDR") {
             http.addr =
@@ -134,7 +155,23 @@ impl Settings {
                 .parse()
                 .map_err(|e| SettingsError::Env { name: "DSCM_COMMAND_RETRIES_MAX", message: format!("{e}") })?;
         }
-        Ok(Settings { http, database, commands })
+        let flag = |name: &'static str, value: String| match value.as_str() {
+            "1" | "true" | "on" => Ok(true),
+            "0" | "false" | "off" => Ok(false),
+            other => Err(SettingsError::Env { name, message: format!("expected on/off, got {other:?}") }),
+        };
+        if let Some(v) = env("DSCM_SCHEDULER") {
+            scheduler.enabled = flag("DSCM_SCHEDULER", v)?;
+        }
+        if let Some(v) = env("DSCM_AUTO_PAYOUT") {
+            scheduler.auto_payout = flag("DSCM_AUTO_PAYOUT", v)?;
+        }
+        if let Some(v) = env("DSCM_SCHEDULER_TICK_MS") {
+            scheduler.tick_ms = v
+                .parse()
+                .map_err(|e| SettingsError::Env { name: "DSCM_SCHEDULER_TICK_MS", message: format!("{e}") })?;
+        }
+        Ok(Settings { http, database, commands, scheduler })
     }
 }
 

@@ -136,7 +136,13 @@ impl Executor {
         let started = Instant::now();
         let mut result = Err(ExecError::Contention { attempts: self.retries_max + 1 });
         for attempt in 0..=self.retries_max {
-            match self.attempt(&cmd, actor, meta, idempotency, respond).await {
+            let outcome = match self.attempt(&cmd, actor, meta, idempotency, respond).await {
+                // A deadlock or serialization failure anywhere in the attempt (loading balances
+                // FOR UPDATE in another unit's order, say) is a conflict like any other.
+                Err(ExecError::Database(e)) if is_retryable(&e) => Ok(Attempt::Retry),
+                other => other,
+            };
+            match outcome {
                 Ok(Attempt::Done(r)) => {
                     result = r;
                     break;

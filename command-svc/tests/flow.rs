@@ -113,13 +113,16 @@ async fn a_replayed_idempotency_key_returns_the_same_bytes_and_writes_nothing(po
     app.assert_ledger_balances().await;
 }
 
+/// (who, path, body, content type, expected status, expected code)
+type BadCase = (&'static str, &'static str, Vec<u8>, &'static str, StatusCode, &'static str);
+
 #[sqlx::test(migrations = false)]
 async fn bad_input_is_refused_with_a_problem_and_changes_nothing(pool: sqlx::PgPool) {
     let app = App::new(pool).await;
     app.deposit("client", 10_000).await;
     let before = app.event_count().await;
     let p = app.party("client");
-    let cases: Vec<(&str, &str, Vec<u8>, &str, StatusCode, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         ("finance", "/v1/deposits", b"{not json".to_vec(), "application/json", StatusCode::BAD_REQUEST, "request.malformed_json"),
         ("finance", "/v1/deposits", format!(r#"{{"party_id":"{p}","amount":{{"minor_units":5,"currency":"EUR"}},"provider":"manual","external_ref":"x","extra":1}}"#).into_bytes(), "application/json", StatusCode::UNPROCESSABLE_ENTITY, "request.invalid_body"),
         ("finance", "/v1/deposits", format!(r#"{{"party_id":"{p}","amount":{{"minor_units":-5,"currency":"EUR"}},"provider":"manual","external_ref":"x"}}"#).into_bytes(), "application/json", StatusCode::UNPROCESSABLE_ENTITY, "request.invalid_body"),

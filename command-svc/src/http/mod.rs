@@ -136,7 +136,27 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut r = state.executor.metrics.render().into_response();
+    let mut text = state.executor.metrics.render();
+    match crate::scheduler::lag(&state.pool, state.executor.clock.now().0).await {
+        Ok(lag) => {
+            use std::fmt::Write as _;
+            let _ = writeln!(text, "# HELP dscm_log_head_position The global position of the last committed event.");
+            let _ = writeln!(text, "# TYPE dscm_log_head_position gauge");
+            let _ = writeln!(text, "dscm_log_head_position {}", lag.head);
+            let _ = writeln!(text, "# HELP dscm_follower_lag_events Events a log follower has not processed yet.");
+            let _ = writeln!(text, "# TYPE dscm_follower_lag_events gauge");
+            for (name, position) in &lag.followers {
+                let _ = writeln!(text, "dscm_follower_lag_events{{follower=\"{name}\"}} {}", lag.head - position);
+            }
+            let _ = writeln!(text, "# HELP dscm_deadlines Deadlines by state.");
+            let _ = writeln!(text, "# TYPE dscm_deadlines gauge");
+            let _ = writeln!(text, "dscm_deadlines{{state=\"pending\"}} {}", lag.deadlines_pending);
+            let _ = writeln!(text, "dscm_deadlines{{state=\"parked\"}} {}", lag.deadlines_parked);
+            let _ = writeln!(text, "dscm_deadlines{{state=\"overdue\"}} {}", lag.deadlines_overdue);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read scheduler lag"),
+    }
+    let mut r = text.into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r
 }

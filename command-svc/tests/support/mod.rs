@@ -51,6 +51,7 @@ pub fn settings() -> Settings {
         http: HttpSettings::default(),
         database: DatabaseSettings { url: Secret::new("unused"), max_connections: 40 },
         commands: CommandSettings { retries_max: 50 },
+        scheduler: command_svc::settings::SchedulerToggle::default(),
     }
 }
 
