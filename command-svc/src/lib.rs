@@ -65,11 +65,11 @@ pub fn state(pool: PgPool, clock: Arc<dyn Clock>, settings: &Settings) -> AppSta
         retries_max: settings.commands.retries_max,
         metrics: Arc::new(Metrics::default()),
     };
-    AppState { pool, executor: Arc::new(executor) }
+    AppState { pool, executor: Arc::new(executor), relay: Arc::default() }
 }
 
-/// Serve the API and, if enabled, run the scheduler beside it, until `shutdown` completes.
-/// Both are joined and their ends reported; neither is left running.
+/// Serve the API and, if enabled, run the scheduler and the outbox relay beside it, until
+/// `shutdown` completes. All are joined and their ends reported; none is left running.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -88,12 +88,28 @@ pub async fn serve(
         };
         tokio::spawn(scheduler.run(stop_rx))
     });
+    let relay = settings.kafka.as_ref().map(|kafka| {
+        let config =
+            relay::RelayConfig { topic_prefix: kafka.topic_prefix.clone(), ..relay::RelayConfig::new(&kafka.brokers) };
+        let relay = relay::Relay::with_metrics(state.pool.clone(), config, state.relay.clone());
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(relay.run(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }))
+    });
     let http = run(listener, state, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     })
     .await;
     tracing::info!(result = ?http, "http server stopped");
+    if let Some(handle) = relay {
+        match handle.await {
+            Ok(Ok(())) => tracing::info!("outbox relay stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "outbox relay failed"),
+            Err(e) => tracing::error!(error = %e, "outbox relay task failed"),
+        }
+    }
     if let Some(handle) = scheduler {
         match handle.await {
             Ok(()) => tracing::info!("scheduler stopped"),

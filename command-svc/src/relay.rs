@@ -263,6 +263,11 @@ impl Relay {
         Relay { pool, config, metrics: Arc::default() }
     }
 
+    /// A relay that reports into `metrics` (shared with the HTTP `/metrics` endpoint).
+    pub fn with_metrics(pool: PgPool, config: RelayConfig, metrics: Arc<RelayMetrics>) -> Relay {
+        Relay { pool, config, metrics }
+    }
+
     pub fn metrics(&self) -> Arc<RelayMetrics> {
         self.metrics.clone()
     }

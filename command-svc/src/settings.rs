@@ -2,7 +2,8 @@
 //!
 //! Environment variables: `DSCM_HTTP_ADDR`, `DSCM_DATABASE_URL` (or `DATABASE_URL`),
 //! `DSCM_DATABASE_MAX_CONNECTIONS`, `DSCM_COMMAND_RETRIES_MAX`, `DSCM_SCHEDULER` (on/off),
-//! `DSCM_SCHEDULER_TICK_MS`, `DSCM_AUTO_PAYOUT` (on/off).
+//! `DSCM_SCHEDULER_TICK_MS`, `DSCM_AUTO_PAYOUT` (on/off), `DSCM_KAFKA_BROKERS` (runs the outbox
+//! relay), `DSCM_TOPIC_PREFIX` (default `dscm.`).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -40,6 +41,23 @@ pub struct Settings {
     pub commands: CommandSettings,
     #[serde(default)]
     pub scheduler: SchedulerToggle,
+    /// Where the outbox relay publishes; no relay runs without it.
+    #[serde(default)]
+    pub kafka: Option<KafkaSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`, e.g. `127.0.0.1:59092`.
+    pub brokers: String,
+    /// Topics are `<topic_prefix><aggregate_type>`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+}
+
+pub fn default_topic_prefix() -> String {
+    "dscm.".to_owned()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +141,7 @@ impl Settings {
             database: Option<DatabaseSettings>,
             commands: Option<CommandSettings>,
             scheduler: Option<SchedulerToggle>,
+            kafka: Option<KafkaSettings>,
         }
         let file: FileSettings = match env("DSCM_CONFIG") {
             Some(path) => {
@@ -135,6 +154,14 @@ impl Settings {
         let mut http = file.http.unwrap_or_default();
         let mut commands = file.commands.unwrap_or_default();
         let mut scheduler = file.scheduler.unwrap_or_default();
+        let mut kafka = file.kafka;
+        if let Some(brokers) = env("DSCM_KAFKA_BROKERS") {
+            let topic_prefix = kafka.as_ref().map_or_else(default_topic_prefix, |k| k.topic_prefix.clone());
+            kafka = Some(KafkaSettings { brokers, topic_prefix });
+        }
+        if let (Some(k), Some(prefix)) = (kafka.as_mut(), env("DSCM_TOPIC_PREFIX")) {
+            k.topic_prefix = prefix;
+        }
         let mut database = file.database;
         if let Some(addr) = env("DSCM_HTTP_ADDR") {
             http.addr =
@@ -171,7 +198,7 @@ impl Settings {
                 .parse()
                 .map_err(|e| SettingsError::Env { name: "DSCM_SCHEDULER_TICK_MS", message: format!("{e}") })?;
         }
-        Ok(Settings { http, database, commands, scheduler })
+        Ok(Settings { http, database, commands, scheduler, kafka })
     }
 }
 

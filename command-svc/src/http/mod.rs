@@ -39,6 +39,8 @@ pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 pub struct AppState {
     pub pool: PgPool,
     pub executor: Arc<Executor>,
+    /// The outbox relay's counters (zero when no relay runs in this process).
+    pub relay: Arc<crate::relay::RelayMetrics>,
 }
 
 /// Every command endpoint. The table below is the single source of paths and roles; the
@@ -156,6 +158,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         }
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read scheduler lag"),
     }
+    text.push_str(&state.relay.render());
     let mut r = text.into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r

@@ -52,6 +52,7 @@ pub fn settings() -> Settings {
         database: DatabaseSettings { url: Secret::new("unused"), max_connections: 40 },
         commands: CommandSettings { retries_max: 50 },
         scheduler: command_svc::settings::SchedulerToggle::default(),
+        kafka: None,
     }
 }
 
