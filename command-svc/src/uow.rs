@@ -342,6 +342,14 @@ async fn load(
     Ok(())
 }
 
+/// Does a decision read this account's balance as a fact? Only those live in `ledger_balances`
+/// (ADR 0004): the others (escrow, collateral, pending, bonds, fees, clearing, in flight) are
+/// guarded by their aggregates and folded by the read side. Keeping shared accounts such as
+/// `provider_clearing` out of this table keeps every command from queueing on one row lock.
+fn is_fact(account: &domain::ledger::LedgerAccount) -> bool {
+    matches!(account, domain::ledger::LedgerAccount::Available { .. })
+}
+
 /// Net balance changes of the unit of work, applied in a fixed order (no deadlock between two
 /// units touching the same accounts).
 async fn apply_postings(tx: &mut Transaction<'_, Postgres>, events: &[Event]) -> Result<(), sqlx::Error> {
@@ -350,8 +358,11 @@ async fn apply_postings(tx: &mut Transaction<'_, Postgres>, events: &[Event]) ->
     for event in events {
         for p in event.postings() {
             let amount = i128::from(p.amount.minor_units);
-            *deltas.entry((p.from.to_string(), p.amount.currency.code())).or_default() -= amount;
-            *deltas.entry((p.to.to_string(), p.amount.currency.code())).or_default() += amount;
+            for (account, delta) in [(p.from, -amount), (p.to, amount)] {
+                if is_fact(&account) {
+                    *deltas.entry((account.to_string(), p.amount.currency.code())).or_default() += delta;
+                }
+            }
         }
         if let Event::Escrow(_, EscrowEvent::PendingReleased { client, gross, month_index, .. }) = event {
             *volumes.entry((client.0, gross.currency.code(), *month_index)).or_default() +=

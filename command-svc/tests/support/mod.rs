@@ -181,10 +181,11 @@ impl App {
                 table.insert((r.get("account"), r.get("currency")), i128::from(b));
             }
         }
+        // The table holds the balances decisions read (available, per party); the fold holds all.
         let fold: BTreeMap<(String, String), i128> = replayed
             .ledger
             .balances()
-            .filter(|(_, _, b)| *b != 0)
+            .filter(|(a, _, b)| *b != 0 && matches!(a, LedgerAccount::Available { .. }))
             .map(|(a, c, b)| ((a.to_string(), c.code().to_owned()), b))
             .collect();
         assert_eq!(table, fold, "ledger_balances differs from the fold of the event log");
@@ -193,14 +194,10 @@ impl App {
         replayed
     }
 
+    /// Any account's balance, from the fold of the log's postings (the ledger's definition).
     pub async fn balance(&self, account: LedgerAccount, currency: Currency) -> i64 {
-        sqlx::query_scalar::<_, i64>("SELECT balance FROM ledger_balances WHERE account = $1 AND currency = $2")
-            .bind(account.to_string())
-            .bind(currency.code())
-            .fetch_optional(&self.pool)
-            .await
-            .expect("balance")
-            .unwrap_or(0)
+        let ledger = Marketplace::replay(0, &self.log().await).ledger;
+        i64::try_from(ledger.balance(account, currency)).expect("fits i64")
     }
 
     pub async fn deposit(&self, who: &str, minor_units: u64) -> Reply {
