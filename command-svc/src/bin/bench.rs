@@ -709,12 +709,13 @@ async fn ledger_table(pool: &PgPool) -> anyhow::Result<BTreeMap<(String, String)
         .collect()
 }
 
-/// The fold's balances, non-zero, keyed like the table.
+/// The fold's balances of the accounts `ledger_balances` holds (those decisions read as facts:
+/// available, per party; ADR 0004), non-zero, keyed like the table.
 fn ledger_fold(market: &Marketplace) -> BTreeMap<(String, String), i128> {
     market
         .ledger
         .balances()
-        .filter(|(_, _, b)| *b != 0)
+        .filter(|(account, _, b)| *b != 0 && matches!(account, domain::ledger::LedgerAccount::Available { .. }))
         .map(|(account, currency, b)| ((account.to_string(), currency.code().to_owned()), b))
         .collect()
 }
