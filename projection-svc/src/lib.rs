@@ -18,6 +18,7 @@ pub mod fold;
 pub mod http;
 pub mod metrics;
 pub mod project;
+pub mod repair;
 pub mod replay;
 pub mod schema;
 pub mod settings;
@@ -70,6 +71,10 @@ pub async fn serve(
     if consumer.is_none() {
         tracing::warn!("DSCM_KAFKA_BROKERS is not set: serving the read API without a consumer");
     }
+    // Fills in from the event store whatever Kafka does not deliver in time (repair.rs).
+    let repair = tokio::spawn(
+        repair::Repair::new(pool.clone(), settings.repair.clone(), metrics.clone()).run(stop_tx.subscribe()),
+    );
     let state = http::AppState::new(pool, metrics, settings.min_position_wait_ms).with_watermark(watermark_rx);
     let served = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async move {
@@ -81,6 +86,9 @@ pub async fn serve(
         })
         .await;
     tracing::info!(result = ?served, "http server stopped");
+    if let Err(e) = repair.await {
+        tracing::error!(error = %e, "repair task failed");
+    }
     let consumer_result = match consumer {
         None => Ok(()),
         Some(handle) => match handle.await {

@@ -16,6 +16,7 @@ pub struct Metrics {
     batch_failures: AtomicU64,
     kafka_commit_failures: AtomicU64,
     unresolved_gaps: AtomicU64,
+    repaired: AtomicU64,
     watermark: AtomicI64,
 }
 
@@ -42,6 +43,15 @@ impl Metrics {
 
     pub fn add_kafka_commit_failure(&self) {
         self.kafka_commit_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events the repair pass applied from the event store (Kafka had not delivered them).
+    pub fn add_repaired(&self, n: u64) {
+        self.repaired.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn repaired(&self) -> u64 {
+        self.repaired.load(Ordering::Relaxed)
     }
 
     pub fn set_unresolved_gaps(&self, n: usize) {
@@ -106,6 +116,11 @@ impl Metrics {
             "dscm_projection_kafka_commit_failures_total",
             "Offset commits to Kafka that failed (PostgreSQL holds the offsets).",
             load(&self.kafka_commit_failures),
+        );
+        text += &counter(
+            "dscm_projection_repaired_total",
+            "Events applied from the event store because Kafka had not delivered them in time.",
+            load(&self.repaired),
         );
         text += &gauge(
             "dscm_projection_unresolved_gaps",

@@ -5,7 +5,8 @@
 //! topics `dscm.<aggregate_type>`; the same variable and meaning as command-svc's relay), `DSCM_CONSUMER_GROUP` (`dscm-projection`),
 //! `DSCM_READ_HTTP_ADDR` (127.0.0.1:8081), `DSCM_MIN_POSITION_WAIT_MS` (2000),
 //! `DSCM_CONSUMER_BATCH_SIZE_MAX` (500), `DSCM_CONSUMER_BATCH_WAIT_MS` (50),
-//! `DSCM_REPLAY_PAGE_SIZE` (1000), `DSCM_REPLAY_DROP_GRACE_MS` (5000).
+//! `DSCM_REPLAY_PAGE_SIZE` (1000), `DSCM_REPLAY_DROP_GRACE_MS` (5000), `DSCM_REPAIR_GRACE_MS`
+//! (3000: how long the watermark may stall behind the event store before the store fills in).
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -21,6 +22,8 @@ pub struct Settings {
     /// How long a read with `min_position` waits for the projection to catch up.
     pub min_position_wait_ms: u64,
     pub replay: ReplaySettings,
+    /// When the watermark stalls behind the event store, fill in from the store.
+    pub repair: crate::repair::RepairSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +139,10 @@ impl Settings {
         if let Some(ms) = parsed(&env, "DSCM_REPLAY_DROP_GRACE_MS")? {
             replay.drop_grace_ms = ms;
         }
+        let mut repair = crate::repair::RepairSettings::default();
+        if let Some(ms) = parsed::<u64>(&env, "DSCM_REPAIR_GRACE_MS")? {
+            repair.grace = std::time::Duration::from_millis(ms);
+        }
         Ok(Settings {
             database_url: Secret::new(url),
             database_max_connections: parsed(&env, "DSCM_DATABASE_MAX_CONNECTIONS")?.unwrap_or(16),
@@ -143,6 +150,7 @@ impl Settings {
             http_addr: parsed(&env, "DSCM_READ_HTTP_ADDR")?.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081))),
             min_position_wait_ms: parsed(&env, "DSCM_MIN_POSITION_WAIT_MS")?.unwrap_or(2_000),
             replay,
+            repair,
         })
     }
 }
