@@ -48,7 +48,4 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// The repository's root (for `infra/*.sh`).
-pub fn repo_root() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+pub use testkit::repo_root;

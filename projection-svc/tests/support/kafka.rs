@@ -4,10 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use command_svc::relay::{Relay, RelayConfig, RelayError, encode_envelope};
@@ -16,41 +13,17 @@ use projection_svc::consumer::{Consumer, ConsumerError};
 use projection_svc::metrics::Metrics;
 use projection_svc::settings::KafkaSettings;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub const PARTITIONS: i32 = 3;
+pub use testkit::kafka::PARTITIONS;
+pub use testkit::unique;
 
-fn kafka_sh(command: &str) -> String {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/kafka.sh");
-    let output = Command::new("bash").arg(script).arg(command).output().expect("run infra/kafka.sh");
-    assert!(output.status.success(), "infra/kafka.sh {command}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// The shared broker, started by `infra/kafka.sh` if `KAFKA_BROKERS` is not set.
+/// The shared broker (testkit: `KAFKA_BROKERS`, else the one `infra/kafka.sh` runs).
 pub fn brokers() -> String {
-    static BROKERS: OnceLock<String> = OnceLock::new();
-    BROKERS
-        .get_or_init(|| match std::env::var("KAFKA_BROKERS") {
-            Ok(b) if !b.trim().is_empty() => b,
-            _ => {
-                kafka_sh("start");
-                kafka_sh("url")
-            }
-        })
-        .clone()
-}
-
-/// A name no other test, process or earlier run uses.
-pub fn unique(what: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{what}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    testkit::kafka::shared_brokers()
 }
 
 /// Consumer settings on a fresh prefix and group: small batches, so a run has many.
@@ -66,18 +39,8 @@ pub fn settings() -> KafkaSettings {
 
 /// Creates the topics of every aggregate type (the relay does the same when it starts).
 pub async fn create_topics(settings: &KafkaSettings) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &settings.brokers).create().expect("admin");
-    let topics = settings.topics();
-    let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1))).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new, &options).await.expect("create topics") {
-        match result {
-            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => panic!("creating {topic}: {code}"),
-        }
-    }
+    testkit::kafka::create_topics(&settings.brokers, &settings.topic_prefix, &command_svc::relay::AGGREGATE_TYPES)
+        .await;
 }
 
 pub struct RunningRelay {
