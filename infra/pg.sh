@@ -6,8 +6,12 @@
 #   infra/pg.sh stop     stop it (pg_ctl, fast mode, by the cluster's own postmaster.pid)
 #   infra/pg.sh status   say whether it runs; exit 0 if running, 3 if not
 #   infra/pg.sh url      print the DATABASE_URL only
+#   infra/pg.sh settings print the settings that matter for a benchmark, as the server has them
 #
-# Environment: DSCM_PG_DIR (default /var/tmp/dscm-pg), DSCM_PG_PORT (default 55432).
+# Environment: DSCM_PG_DIR (default /var/tmp/dscm-pg), DSCM_PG_PORT (default 55432),
+# DSCM_PG_DURABLE=1 keeps PostgreSQL's durable defaults (fsync, synchronous_commit and
+# full_page_writes on) and lets role `dscm` CHECKPOINT and read every session's statistics — for
+# benchmarks (infra/pg-bench.sh); DSCM_PG_STATEMENTS=1 loads pg_stat_statements (profiling).
 # Every command is idempotent. As root, the server runs as the `postgres` OS user (initdb refuses
 # root); otherwise it runs as the current user. The settings trade durability for speed: this
 # cluster is for development and tests only.
@@ -100,11 +104,21 @@ listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$PG_SOCKET_DIR'
 max_connections = 300
-# Tests only: no durability.
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+$(durability_settings)
 EOF
+}
+
+# Tests trade durability for speed; DSCM_PG_DURABLE=1 keeps PostgreSQL's defaults (benchmarks).
+durability_settings() {
+    if [[ ${DSCM_PG_DURABLE:-} == 1 ]]; then
+        printf '%s\n' "# Durable: PostgreSQL's defaults, written out." "fsync = on" "synchronous_commit = on" \
+            "full_page_writes = on"
+    else
+        printf '%s\n' "# Tests only: no durability." "fsync = off" "synchronous_commit = off" "full_page_writes = off"
+    fi
+    if [[ ${DSCM_PG_STATEMENTS:-} == 1 ]]; then
+        echo "shared_preload_libraries = 'pg_stat_statements'"
+    fi
 }
 
 start_cluster() {
@@ -116,7 +130,7 @@ start_cluster() {
 }
 
 psql_admin() {
-    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -d postgres
+    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -d "${1:-postgres}"
 }
 
 ensure_role_and_database() {
@@ -134,6 +148,24 @@ SELECT 'CREATE DATABASE $DB_NAME OWNER $DB_USER'
 WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = '$DB_NAME')
 \gexec
 EOF
+    if [[ ${DSCM_PG_DURABLE:-} == 1 ]]; then
+        # A benchmark checkpoints before each run and samples every session's activity.
+        echo "GRANT pg_checkpoint, pg_read_all_stats TO $DB_USER;" | psql_admin >/dev/null
+    fi
+    if [[ ${DSCM_PG_STATEMENTS:-} == 1 ]]; then
+        # In template1, so every database a benchmark creates has the view.
+        echo "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;" | psql_admin template1 >/dev/null
+    fi
+}
+
+cmd_settings() {
+    PG_BIN=$(find_pg_bin)
+    is_running || die "not running"
+    echo "SELECT 'PostgreSQL ' || split_part(current_setting('server_version'), ' ', 1) || ': '
+                 || string_agg(name || '=' || current_setting(name), ' ' ORDER BY name)
+          FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'wal_sync_method',
+          'shared_buffers')" |
+        "$PG_BIN/psql" -X -q -t -A -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -d postgres
 }
 
 cmd_start() {
@@ -175,8 +207,9 @@ start) cmd_start ;;
 stop) cmd_stop ;;
 status) cmd_status ;;
 url) echo "$DATABASE_URL" ;;
+settings) cmd_settings ;;
 *)
-    echo "usage: $0 start|stop|status|url" >&2
+    echo "usage: $0 start|stop|status|url|settings" >&2
     exit 2
     ;;
 esac
